@@ -1,0 +1,5 @@
+"""``python -m gearstore``."""
+
+from gearstore.cli import main
+
+raise SystemExit(main())
