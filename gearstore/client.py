@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from gearstore.protocol.codec import Decoder, encode_request
 from gearstore.protocol.packets import RES, AdminLine, Packet, ProtocolViolation
@@ -57,7 +58,7 @@ class Connection:
         """Close the socket."""
         self.sock.close()
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
