@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="gearmand's database as a URL: sqlite:///path, postgresql://…, mysql://…",
     )
-    imp.add_argument("--source-table", default=None, help="gearmand's table (gearman_queue)")
+    imp.add_argument("--source-table", default=None, help="gearmand's table (default: gearman_queue for SQLite and MySQL, queue for PostgreSQL)")
     return parser
 
 
@@ -78,7 +78,7 @@ def _import(store_config: object, source: str, source_table: str | None) -> int:
     store.open()
     try:
         first_id = max((job.id for job in store.replay()), default=0) + 1
-        count = import_gearmand(source, source_table or "gearman_queue", store, first_id)
+        count = import_gearmand(source, source_table, store, first_id)
     finally:
         store.close()
     print(f"imported {count} job(s) from {source}")
