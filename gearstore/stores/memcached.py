@@ -1,0 +1,520 @@
+"""memcached queue store (``-q memcached --db HOST:PORT[,HOST:PORT...]``).
+
+Data layout. Every key is ASCII built from the prefix and the job id only, never from
+a function name or unique key (gearmand's ``prefix+function-unique`` keys broke on
+``-`` and spaces):
+
+  {prefix}:wm                  watermark (format, lo, hi), the same value on every server
+  {prefix}:j:{id}              a job's head: format, chunk count, record length, chunk
+                               token, then the first part of the job's record
+  {prefix}:c:{id}:{token}:{n}  part n (1, 2, ...) of a record too big for one item
+
+A record is the StoredJob packed with ``struct`` (id, flags, priority, when, three
+lengths) followed by function, unique, reducer and data: binary-safe, no escaping.
+Records longer than one memcached item (``item_size_max`` from ``stats settings``, 1 MiB
+by default) continue in chunk items. The token is random per write, so the chunks of a
+write that is being rolled back never overwrite the chunks of a job already stored.
+All keys of one job live on its *home* server, picked by rendezvous hashing of the id
+over the --db servers, so losing a server loses exactly the jobs homed there.
+
+Replay never uses ``stats cachedump``. The watermark says no live job has an id below
+``lo`` or above ``hi``; replay asks every server for the heads of ids lo..hi in batches
+of 10,000 (ids removed or used by foreground jobs are simply missing), fetches the
+chunks of the heads that have any, and yields jobs in id order. Asking every server
+rather than only the home server means a job is found even after --db changed; such a
+job is remembered so that its removal goes where it really is.
+
+apply() writes chunks and the watermark, then the heads with memcached's ``add``
+(add-if-absent), then deletes the removed jobs. A head is the only thing replay looks
+for, so a job exists once its head is written; on any failure the heads and chunks
+this batch wrote are deleted again before StoreError is raised. The reasoning, and what
+memcached cannot promise, is in docs/stores-memcached.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheError, MemcacheServerError
+
+from gearstore.stores.base import (
+    Priority,
+    QueueStore,
+    SchemaTooNew,
+    StoreConfig,
+    StoreCorrupt,
+    StoredJob,
+    StoreError,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_HEAD = struct.Struct("<BIQ6s")  # format, chunk count, record length, chunk token
+_RECORD = struct.Struct("<QBBqIII")  # id, flags, priority, when, len function/unique/reducer
+_WATERMARK = struct.Struct("<BQQ")  # format, lo, hi
+_HAS_WHEN, _HAS_REDUCER = 1, 2
+_NO_TOKEN = bytes(6)
+_PRIORITIES = tuple(Priority)
+
+REPLAY_BATCH = 10_000
+#: room left in an item for its key (<= 250 bytes) and memcached's item header
+ITEM_OVERHEAD = 1024
+DEFAULT_ITEM_SIZE_MAX = 1024 * 1024
+MAX_PREFIX = 200  # leaves room for ":c:{id}:{token}:{n}" within memcached's 250 bytes
+CONNECT_TIMEOUT = 3.0
+IO_TIMEOUT = 15.0
+_ERRORS = (MemcacheError, OSError)
+
+
+def parse_servers(db: str | None) -> list[tuple[str, int]]:
+    """Parse ``host:port[,host:port...]`` (port defaults to 11211, IPv6 as ``[::1]:11211``)."""
+    if not db or not db.strip():
+        raise StoreError("the memcached store needs --db HOST:PORT[,HOST:PORT...]")
+    servers: list[tuple[str, int]] = []
+    for raw in db.split(","):
+        spec = raw.strip()
+        host, port = spec, "11211"
+        if spec.startswith("["):
+            host, _, rest = spec[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else port
+        elif spec.count(":") == 1:
+            host, port = spec.split(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise StoreError(f"bad memcached server {spec!r} in --db {db!r}; use HOST:PORT")
+        if (host, int(port)) in servers:
+            raise StoreError(f"memcached server {spec!r} is listed twice in --db {db!r}")
+        servers.append((host, int(port)))
+    return servers
+
+
+def check_prefix(prefix: str) -> bytes:
+    """Return the prefix as key bytes, or raise StoreError if memcached cannot use it."""
+    raw = prefix.encode("utf-8", "replace")
+    if not 0 < len(raw) <= MAX_PREFIX or any(b <= 0x20 or b >= 0x7F for b in raw):
+        raise StoreError(
+            f"memcached key prefix {prefix!r} is unusable: it must be 1 to {MAX_PREFIX} "
+            "printable ASCII characters without spaces (memcached keys are at most 250 "
+            "bytes and may not contain spaces or control characters)"
+        )
+    return raw
+
+
+def encode(job: StoredJob, item_budget: int) -> tuple[bytes, bytes, list[bytes]]:
+    """Pack a job into (head value, chunk token, chunk values); each fits ``item_budget``."""
+    flags = (_HAS_WHEN if job.when is not None else 0) | (
+        _HAS_REDUCER if job.reducer is not None else 0
+    )
+    reducer = job.reducer or b""
+    record = b"".join(
+        (
+            _RECORD.pack(
+                job.id,
+                flags,
+                int(job.priority),
+                job.when or 0,
+                len(job.function),
+                len(job.unique),
+                len(reducer),
+            ),
+            job.function,
+            job.unique,
+            reducer,
+            job.data,
+        )
+    )
+    first = item_budget - _HEAD.size
+    if len(record) <= first:
+        return _HEAD.pack(FORMAT, 0, len(record), _NO_TOKEN) + record, _NO_TOKEN, []
+    token = os.urandom(len(_NO_TOKEN))
+    chunks = [record[at : at + item_budget] for at in range(first, len(record), item_budget)]
+    return _HEAD.pack(FORMAT, len(chunks), len(record), token) + record[:first], token, chunks
+
+
+def decode_head(value: bytes) -> tuple[int, int, bytes]:
+    """Return (chunk count, record length, token) from a head value."""
+    if len(value) < _HEAD.size:
+        raise StoreCorrupt(f"a job head of {len(value)} bytes is too short")
+    fmt, nchunks, length, token = _HEAD.unpack_from(value)
+    if fmt > FORMAT:
+        raise SchemaTooNew(f"memcached holds jobs in format {fmt}; upgrade gearstore")
+    return nchunks, length, token
+
+
+def decode_record(buf: bytes, length: int, start: int = 0) -> StoredJob:
+    """Unpack the record that fills ``buf`` from ``start`` on into a StoredJob."""
+    if len(buf) - start != length or length < _RECORD.size:
+        raise StoreCorrupt(f"job record is {len(buf) - start} bytes, its head says {length}")
+    job_id, flags, priority, when, nf, nu, nr = _RECORD.unpack_from(buf, start)
+    at = start + _RECORD.size
+    end = at + nf + nu + nr
+    if end > len(buf) or priority >= len(_PRIORITIES):
+        raise StoreCorrupt(f"job {job_id}'s record does not decode")
+    return StoredJob(
+        job_id,
+        buf[at : at + nf],
+        buf[at + nf : at + nf + nu],
+        _PRIORITIES[priority],
+        when if flags & _HAS_WHEN else None,
+        buf[end:],
+        buf[end - nr : end] if flags & _HAS_REDUCER else None,
+    )
+
+
+@dataclass
+class _Writes:
+    """What one apply() sends to one server."""
+
+    sets: dict[bytes, bytes] = field(default_factory=dict)  # chunks and the watermark
+    heads: dict[bytes, bytes] = field(default_factory=dict)
+    deletes: list[bytes] = field(default_factory=list)
+
+
+class MemcachedStore(QueueStore):
+    """Jobs as memcached items on one or more servers, replayed by watermarks."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self._prefix = check_prefix(config.prefix)
+        self._servers = parse_servers(config.db)
+        self._names = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self._servers]
+        self._node_keys = [hashlib.blake2b(n.encode()).digest()[:32] for n in self._names]
+        self.description = f"memcached {','.join(self._names)} (prefix {config.prefix})"
+        self._clients: list[Client] = []
+        self._answered: list[bool] = []  # which servers answered at open()
+        self._item_budget = DEFAULT_ITEM_SIZE_MAX - ITEM_OVERHEAD
+        self._lo, self._hi = 1, 0  # no live id outside lo..hi; lo > hi means none
+        self._written: tuple[int, int] | None = None  # watermark every server holds
+        self._live: set[int] = set()
+        self._complete = False  # _live holds every stored id: only then may lo move up
+        self._chunked: dict[int, tuple[bytes, int]] = {}  # id -> (token, chunk count)
+        self._away: dict[int, int] = {}  # id -> server, for jobs found off their home
+        self._pending: dict[int, list[bytes]] = {}  # keys a failed rollback left behind
+
+    # -- keys and routing -------------------------------------------------------------
+
+    def _head_key(self, job_id: int) -> bytes:
+        return b"%s:j:%d" % (self._prefix, job_id)
+
+    def _chunk_keys(self, job_id: int, token: bytes, count: int) -> list[bytes]:
+        base = b"%s:c:%d:%s:" % (self._prefix, job_id, token.hex().encode())
+        return [base + b"%d" % n for n in range(1, count + 1)]
+
+    def _home(self, job_id: int) -> int:
+        """Index of the server a job lives on: highest keyed BLAKE2b of the id wins."""
+        if len(self._servers) == 1:
+            return 0
+        raw = job_id.to_bytes(8, "little", signed=True)
+        scores = [hashlib.blake2b(raw, digest_size=8, key=k).digest() for k in self._node_keys]
+        return scores.index(max(scores))
+
+    def server_for(self, job_id: int) -> str:
+        """The ``host:port`` that holds (or would hold) job ``job_id``."""
+        return self._names[self._away.get(job_id, self._home(job_id))]
+
+    @property
+    def watermark(self) -> tuple[int, int]:
+        """(lo, hi): replay scans ids lo..hi; lo > hi means the store is empty."""
+        return self._lo, self._hi
+
+    # -- QueueStore -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect to every server, read its settings and watermark, warn about eviction."""
+        self.close()
+        self._live, self._chunked, self._away, self._pending = set(), {}, {}, {}
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
+        wm_key = self._prefix + b":wm"
+        sizes, lows, highs = [], [], []
+        for (host, port), name in zip(self._servers, self._names, strict=True):
+            client = Client(
+                (host, port),
+                connect_timeout=CONNECT_TIMEOUT,
+                timeout=IO_TIMEOUT,
+                no_delay=True,
+                default_noreply=False,
+            )
+            self._clients.append(client)
+            try:
+                settings = client.stats("settings")
+                watermark = client.get(wm_key)
+            except _ERRORS as exc:
+                log.warning(
+                    "memcached %s did not answer (%s): jobs stored there are not "
+                    "replayed and new jobs are refused until it is back",
+                    name,
+                    exc,
+                )
+                self._answered.append(False)
+                continue
+            self._answered.append(True)
+            sizes.append(int(settings.get(b"item_size_max", DEFAULT_ITEM_SIZE_MAX)))
+            if settings.get(b"evictions", b"on") != b"off":
+                log.warning(
+                    "memcached %s evicts items when its memory is full (started without -M): "
+                    "queued jobs can be silently evicted; run it with -M and an -m big "
+                    "enough for the whole queue",
+                    name,
+                )
+            if watermark is not None:
+                if len(watermark) != _WATERMARK.size:
+                    raise StoreCorrupt(f"memcached {name}: {wm_key!r} is not a watermark")
+                fmt, lo, hi = _WATERMARK.unpack(watermark)
+                if fmt > FORMAT:
+                    raise SchemaTooNew(f"memcached {name} holds format {fmt}; upgrade gearstore")
+                lows.append(lo)
+                highs.append(hi)
+        if not any(self._answered):
+            raise StoreUnavailable(
+                f"no memcached server answered ({', '.join(self._names)}); start memcached "
+                "or fix --db"
+            )
+        self._item_budget = min(sizes) - ITEM_OVERHEAD
+        # Merging is safe in one direction only: a smaller lo or a bigger hi just scans more.
+        self._lo, self._hi = (min(lows), max(highs)) if highs else (1, 0)
+        self._written = None
+        self._complete = all(self._answered) and self._lo > self._hi
+
+    def replay(self) -> Iterator[StoredJob]:
+        """Yield every job with an id in the watermark range, in id order."""
+        self._require_open()
+        started, count = time.monotonic(), 0
+        lo, hi = self._lo, self._hi
+        answering = [i for i, up in enumerate(self._answered) if up]
+        for start in range(lo, hi + 1, REPLAY_BATCH):
+            ids = range(start, min(start + REPLAY_BATCH, hi + 1))
+            keys = [self._head_key(i) for i in ids]
+            found: dict[bytes, tuple[int, bytes]] = {}
+            for server in answering:
+                for key, value in self._call(server, "read", Client.get_many, keys).items():
+                    found.setdefault(key, (server, value))
+            for job_id, key in zip(ids, keys, strict=True):
+                hit = found.get(key)
+                if hit is None:
+                    continue
+                server, value = hit
+                job = self._load(job_id, server, value)
+                if len(self._servers) > 1 and server != self._home(job_id):
+                    self._away[job_id] = server
+                self._live.add(job_id)
+                count += 1
+                yield job
+        if all(self._answered):
+            self._complete = True
+            self._lo = min(self._live) if self._live else self._hi + 1
+        log.info(
+            "memcached replay: %d jobs from ids %d..%d in %.2f s",
+            count,
+            lo,
+            hi,
+            time.monotonic() - started,
+        )
+
+    def apply(self, add: Sequence[StoredJob], remove: Sequence[int]) -> None:
+        """Write the adds (failing on an id already stored), then delete the removes."""
+        self._require_open()
+        self._flush_pending()
+        if not add and not remove:
+            return
+        ids = [job.id for job in add]
+        self._check_new(ids)
+        removed = set(remove)
+        plan: dict[int, _Writes] = {}
+        chunked: dict[int, tuple[bytes, int]] = {}
+        for job in add:
+            head, token, chunks = encode(job, self._item_budget)
+            writes = plan.setdefault(self._home(job.id), _Writes())
+            writes.heads[self._head_key(job.id)] = head
+            if chunks:
+                chunked[job.id] = (token, len(chunks))
+                keys = self._chunk_keys(job.id, token, len(chunks))
+                writes.sets.update(zip(keys, chunks, strict=True))
+        known = {**self._chunked, **chunked}
+        if not self._complete:
+            known.update(self._lookup_chunks([i for i in removed if i not in known]))
+        for job_id in removed:
+            server = self._away.get(job_id, self._home(job_id))
+            writes = plan.setdefault(server, _Writes())
+            writes.deletes.append(self._head_key(job_id))
+            if job_id in known:
+                writes.deletes.extend(self._chunk_keys(job_id, *known[job_id]))
+        watermark = self._next_watermark(ids, removed)
+        if watermark != self._written:
+            for server in range(len(self._servers)):
+                plan.setdefault(server, _Writes()).sets[self._prefix + b":wm"] = _WATERMARK.pack(
+                    FORMAT, *watermark
+                )
+        self._execute(plan)
+        self._live.update(ids)
+        self._live.difference_update(removed)
+        self._chunked.update(chunked)
+        for job_id in removed:
+            self._chunked.pop(job_id, None)
+            self._away.pop(job_id, None)
+        self._lo, self._hi = watermark
+        self._written = watermark
+
+    def close(self) -> None:
+        """Close every connection; safe to call more than once."""
+        for client in self._clients:
+            client.close()
+        self._clients, self._answered = [], []
+
+    # -- apply's steps ----------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if not self._clients:
+            raise StoreError("the memcached store is not open; call open() first")
+
+    def _check_new(self, ids: list[int]) -> None:
+        """Raise StoreError, before writing anything, if an id is already stored."""
+        if len(set(ids)) != len(ids):
+            raise StoreError("a batch adds the same job id twice; nothing was written")
+        if self._complete:
+            stored = [i for i in ids if i in self._live]
+        else:
+            by_server: dict[int, list[bytes]] = {}
+            for job_id in ids:
+                by_server.setdefault(self._home(job_id), []).append(self._head_key(job_id))
+            hits = [self._call(s, "read", Client.get_many, k) for s, k in by_server.items()]
+            stored = [i for i in ids if any(self._head_key(i) in h for h in hits)]
+        if stored:
+            raise StoreError(f"job id {stored[0]} is already stored; nothing was written")
+
+    def _lookup_chunks(self, ids: list[int]) -> dict[int, tuple[bytes, int]]:
+        """Read the heads of jobs about to be removed to learn their chunk keys."""
+        found: dict[int, tuple[bytes, int]] = {}
+        for job_id in ids:
+            server = self._away.get(job_id, self._home(job_id))
+            head = self._call(server, "read", Client.get, self._head_key(job_id))
+            if head is not None:
+                nchunks, _, token = decode_head(head)
+                if nchunks:
+                    found[job_id] = (token, nchunks)
+        return found
+
+    def _next_watermark(self, ids: list[int], removed: set[int]) -> tuple[int, int]:
+        """(lo, hi) after this batch: hi covers every add; lo rises past removed ids."""
+        lo = min([self._lo, *ids])
+        hi = max([self._hi, *ids])
+        if not self._complete:
+            return lo, hi  # an id replay did not see may still be stored: keep lo
+        added = set(ids)
+        live = self._live
+        budget = len(live) + len(added) + 1024
+        while lo <= hi and (lo in removed or (lo not in live and lo not in added)):
+            lo += 1
+            budget -= 1
+            if budget == 0:  # a long run of gaps: finding the minimum is cheaper
+                rest = [i for i in live | added if i not in removed]
+                return (min(rest) if rest else hi + 1), hi
+        return lo, hi
+
+    def _execute(self, plan: dict[int, _Writes]) -> None:
+        """Send the plan: chunks and watermark, heads, deletes; undo the heads on failure."""
+        written: dict[int, list[bytes]] = {}
+        try:
+            for server, writes in plan.items():
+                if writes.sets:
+                    written.setdefault(server, []).extend(writes.sets)
+                    refused = self._call(server, "write", Client.set_many, writes.sets)
+                    if refused:
+                        raise StoreUnavailable(
+                            f"memcached {self._names[server]} refused to store {refused[0]!r}"
+                        )
+            for server, writes in plan.items():
+                if writes.heads:
+                    written.setdefault(server, []).extend(writes.heads)
+                    # pymemcache has no add_many; its _store_cmd pipelines any store verb.
+                    stored = self._call(server, "write", _add_many, writes.heads)
+                    taken = [key for key, ok in stored.items() if not ok]
+                    if taken:
+                        written[server] = [k for k in written[server] if k not in taken]
+                        raise StoreError(
+                            f"memcached {self._names[server]} already holds {taken[0]!r} "
+                            "(another gearstore using the same prefix?); nothing was written"
+                        )
+            for server, writes in plan.items():
+                if writes.deletes:
+                    self._call(server, "delete", Client.delete_many, writes.deletes)
+        except StoreError:
+            self._written = None
+            self._rollback(written)
+            raise
+
+    def _rollback(self, written: dict[int, list[bytes]]) -> None:
+        """Delete what a failed batch wrote; remember what could not be deleted yet."""
+        for server, keys in written.items():
+            keys = [k for k in keys if not k.endswith(b":wm")]
+            try:
+                self._call(server, "delete", Client.delete_many, keys)
+            except StoreError:
+                log.warning(
+                    "memcached %s: %d keys of a failed batch will be deleted when it answers again",
+                    self._names[server],
+                    len(keys),
+                )
+                self._pending.setdefault(server, []).extend(keys)
+
+    def _flush_pending(self) -> None:
+        for server in list(self._pending):
+            self._call(server, "delete", Client.delete_many, self._pending[server])
+            del self._pending[server]
+
+    def _load(self, job_id: int, server: int, head: bytes) -> StoredJob:
+        """Decode one job from its head, reading its chunks (if any) from its server."""
+        nchunks, length, token = decode_head(head)
+        buf, start = head, _HEAD.size
+        if nchunks:
+            keys = self._chunk_keys(job_id, token, nchunks)
+            got = self._call(server, "read", Client.get_many, keys)
+            lost = [key for key in keys if key not in got]
+            if lost:
+                raise StoreCorrupt(
+                    f"memcached {self._names[server]} lost {lost[0]!r}, part of job {job_id} "
+                    "(evicted? run memcached with -M); delete that job's keys to start "
+                    "without it"
+                )
+            buf, start = b"".join([head[_HEAD.size :], *(got[key] for key in keys)]), 0
+            self._chunked[job_id] = (token, nchunks)
+        job = decode_record(buf, length, start)
+        if job.id != job_id:
+            raise StoreCorrupt(f"memcached key {self._head_key(job_id)!r} holds job {job.id}")
+        return job
+
+    def _call(self, server: int, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """Run one pymemcache call, turning driver errors into StoreUnavailable."""
+        name = self._names[server]
+        try:
+            return method(self._clients[server], *args)
+        except _ERRORS as exc:
+            text = str(exc) if isinstance(exc, MemcacheServerError) else ""
+            if "too large" in text:
+                hint = "its item size limit (-I) is smaller than at start-up; restart gearstore"
+            elif "out of memory" in text:
+                hint = "it is full and must not evict (-M): raise -m or drain the queue"
+            else:
+                hint = "is it running? gearstore retries the batch"
+            raise StoreUnavailable(
+                f"memcached {name} failed to {what} ({type(exc).__name__}: {exc}); {hint}"
+            ) from exc
+
+
+def _add_many(client: Client, values: dict[bytes, bytes]) -> dict[bytes, bool]:
+    """Pipelined memcached ``add``: one round trip, a stored/not-stored flag per key."""
+    result: dict[bytes, bool] = client._store_cmd(b"add", values, 0, False)
+    return result
