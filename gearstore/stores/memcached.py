@@ -1,34 +1,35 @@
 """memcached queue store (``-q memcached --db HOST:PORT[,HOST:PORT...]``).
 
-Data layout. Every key is ASCII built from the prefix and the job id only, never from
-a function name or unique key (gearmand's ``prefix+function-unique`` keys broke on
-``-`` and spaces):
+Data layout. Every key is ASCII built from the prefix and numbers only, never from a
+function name or unique key (gearmand's ``prefix+function-unique`` keys broke on ``-``
+and spaces):
 
-  {prefix}:wm                  watermark (format, lo, hi), the same value on every server
+  {prefix}:wm                  watermark (format, lo, hi): no job id outside lo..hi
+  {prefix}:b:{block}           marker: ids block*4096 .. block*4096+4095 may hold jobs
   {prefix}:j:{id}              a job's head: format, chunk count, record length, chunk
                                token, then the first part of the job's record
   {prefix}:c:{id}:{token}:{n}  part n (1, 2, ...) of a record too big for one item
 
 A record is the StoredJob packed with ``struct`` (id, flags, priority, when, three
 lengths) followed by function, unique, reducer and data: binary-safe, no escaping.
-Records longer than one memcached item (``item_size_max`` from ``stats settings``, 1 MiB
-by default) continue in chunk items. The token is random per write, so the chunks of a
-write that is being rolled back never overwrite the chunks of a job already stored.
-All keys of one job live on its *home* server, picked by rendezvous hashing of the id
-over the --db servers, so losing a server loses exactly the jobs homed there.
+Records longer than one memcached item (``item_size_max`` from ``stats settings``)
+continue in chunk items; the token is random per write, so a rolled-back write never
+touches the chunks of a job already stored. All keys of one job live on its *home*
+server, chosen by rendezvous hashing of the id, so losing a server loses only the jobs
+homed there. The watermark and the markers are written to every server.
 
-Replay never uses ``stats cachedump``. The watermark says no live job has an id below
-``lo`` or above ``hi``; replay asks every server for the heads of ids lo..hi in batches
-of 10,000 (ids removed or used by foreground jobs are simply missing), fetches the
-chunks of the heads that have any, and yields jobs in id order. Asking every server
-rather than only the home server means a job is found even after --db changed; such a
-job is remembered so that its removal goes where it really is.
+Replay never uses ``stats cachedump`` (empty on memcached 1.6). It reads the watermark
+from every server (lowest lo, highest hi), then the markers of the blocks in lo..hi,
+then the heads of the ids in marked blocks, 4,096 per multi-get, from every server (so
+a job is found even after --db changed), then each head's chunks. Gaps cost a key in a
+multi-get; unmarked blocks cost nothing, so a job queued for a week does not make
+replay walk every id used since.
 
-apply() writes chunks and the watermark, then the heads with memcached's ``add``
-(add-if-absent), then deletes the removed jobs. A head is the only thing replay looks
-for, so a job exists once its head is written; on any failure the heads and chunks
-this batch wrote are deleted again before StoreError is raised. The reasoning, and what
-memcached cannot promise, is in docs/stores-memcached.md.
+apply() sets the chunks, watermark and new markers, then ``add``s the heads (memcached's
+add-if-absent, which also refuses an id already stored), then deletes the removed jobs
+and the markers of blocks left empty. Replay finds a job by its head only, so anything
+written ahead of the heads is harmless; if the batch fails, the heads and chunks it
+wrote are deleted before StoreError is raised. See docs/stores-memcached.md.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import logging
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +68,8 @@ _HAS_WHEN, _HAS_REDUCER = 1, 2
 _NO_TOKEN = bytes(6)
 _PRIORITIES = tuple(Priority)
 
-REPLAY_BATCH = 10_000
+BLOCK = 4096  # ids per marker, and per replay multi-get
+MARKER_BATCH = 10_000  # markers per multi-get
 #: room left in an item for its key (<= 250 bytes) and memcached's item header
 ITEM_OVERHEAD = 1024
 DEFAULT_ITEM_SIZE_MAX = 1024 * 1024
@@ -174,13 +177,14 @@ def decode_record(buf: bytes, length: int, start: int = 0) -> StoredJob:
 class _Writes:
     """What one apply() sends to one server."""
 
-    sets: dict[bytes, bytes] = field(default_factory=dict)  # chunks and the watermark
+    chunks: dict[bytes, bytes] = field(default_factory=dict)
+    meta: dict[bytes, bytes] = field(default_factory=dict)  # watermark and new markers
     heads: dict[bytes, bytes] = field(default_factory=dict)
-    deletes: list[bytes] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)  # heads, then chunks, then markers
 
 
 class MemcachedStore(QueueStore):
-    """Jobs as memcached items on one or more servers, replayed by watermarks."""
+    """Jobs as memcached items on one or more servers, replayed by watermark and markers."""
 
     def __init__(self, config: StoreConfig) -> None:
         self._prefix = check_prefix(config.prefix)
@@ -192,9 +196,15 @@ class MemcachedStore(QueueStore):
         self._answered: list[bool] = []  # which servers answered at open()
         self._item_budget = DEFAULT_ITEM_SIZE_MAX - ITEM_OVERHEAD
         self._lo, self._hi = 1, 0  # no live id outside lo..hi; lo > hi means none
+        self._reset()
+
+    def _reset(self) -> None:
         self._written: tuple[int, int] | None = None  # watermark every server holds
+        self._complete = False  # _live holds every stored id: only then may lo rise
         self._live: set[int] = set()
-        self._complete = False  # _live holds every stored id: only then may lo move up
+        self._per_block: Counter[int] = Counter()  # live ids per block
+        self._marked: set[int] = set()  # blocks this instance has marked on every server
+        self._unmark: set[int] = set()  # marked blocks replay found empty
         self._chunked: dict[int, tuple[bytes, int]] = {}  # id -> (token, chunk count)
         self._away: dict[int, int] = {}  # id -> server, for jobs found off their home
         self._pending: dict[int, list[bytes]] = {}  # keys a failed rollback left behind
@@ -207,6 +217,9 @@ class MemcachedStore(QueueStore):
     def _chunk_keys(self, job_id: int, token: bytes, count: int) -> list[bytes]:
         base = b"%s:c:%d:%s:" % (self._prefix, job_id, token.hex().encode())
         return [base + b"%d" % n for n in range(1, count + 1)]
+
+    def _marker_key(self, block: int) -> bytes:
+        return b"%s:b:%d" % (self._prefix, block)
 
     def _home(self, job_id: int) -> int:
         """Index of the server a job lives on: highest keyed BLAKE2b of the id wins."""
@@ -222,7 +235,7 @@ class MemcachedStore(QueueStore):
 
     @property
     def watermark(self) -> tuple[int, int]:
-        """(lo, hi): replay scans ids lo..hi; lo > hi means the store is empty."""
+        """(lo, hi): no job id outside lo..hi; lo > hi means the store is empty."""
         return self._lo, self._hi
 
     # -- QueueStore -------------------------------------------------------------------
@@ -230,7 +243,7 @@ class MemcachedStore(QueueStore):
     def open(self) -> None:
         """Connect to every server, read its settings and watermark, warn about eviction."""
         self.close()
-        self._live, self._chunked, self._away, self._pending = set(), {}, {}, {}
+        self._reset()
         try:
             self._connect()
         except BaseException:
@@ -254,8 +267,8 @@ class MemcachedStore(QueueStore):
                 watermark = client.get(wm_key)
             except _ERRORS as exc:
                 log.warning(
-                    "memcached %s did not answer (%s): jobs stored there are not "
-                    "replayed and new jobs are refused until it is back",
+                    "memcached %s did not answer (%s): jobs stored there are not replayed "
+                    "and new jobs are refused until it is back",
                     name,
                     exc,
                 )
@@ -284,19 +297,19 @@ class MemcachedStore(QueueStore):
                 "or fix --db"
             )
         self._item_budget = min(sizes) - ITEM_OVERHEAD
-        # Merging is safe in one direction only: a smaller lo or a bigger hi just scans more.
+        # Merging is safe in one direction only: a lower lo or a higher hi just scans more.
         self._lo, self._hi = (min(lows), max(highs)) if highs else (1, 0)
-        self._written = None
         self._complete = all(self._answered) and self._lo > self._hi
 
     def replay(self) -> Iterator[StoredJob]:
-        """Yield every job with an id in the watermark range, in id order."""
+        """Yield every job in a marked block within lo..hi, in id order."""
         self._require_open()
         started, count = time.monotonic(), 0
         lo, hi = self._lo, self._hi
         answering = [i for i, up in enumerate(self._answered) if up]
-        for start in range(lo, hi + 1, REPLAY_BATCH):
-            ids = range(start, min(start + REPLAY_BATCH, hi + 1))
+        blocks = self._marked_blocks(lo, hi, answering)
+        for block in blocks:
+            ids = range(max(lo, block * BLOCK), min(hi + 1, (block + 1) * BLOCK))
             keys = [self._head_key(i) for i in ids]
             found: dict[bytes, tuple[int, bytes]] = {}
             for server in answering:
@@ -306,19 +319,22 @@ class MemcachedStore(QueueStore):
                 hit = found.get(key)
                 if hit is None:
                     continue
-                server, value = hit
-                job = self._load(job_id, server, value)
-                if len(self._servers) > 1 and server != self._home(job_id):
-                    self._away[job_id] = server
-                self._live.add(job_id)
+                job = self._load(job_id, *hit)
+                if len(self._servers) > 1 and hit[0] != self._home(job_id):
+                    self._away[job_id] = hit[0]
+                if job_id not in self._live:
+                    self._live.add(job_id)
+                    self._per_block[job_id // BLOCK] += 1
                 count += 1
                 yield job
         if all(self._answered):
             self._complete = True
             self._lo = min(self._live) if self._live else self._hi + 1
+            self._unmark = {b for b in blocks if not self._per_block[b]}
         log.info(
-            "memcached replay: %d jobs from ids %d..%d in %.2f s",
+            "memcached replay: %d jobs in %d blocks of ids %d..%d in %.2f s",
             count,
+            len(blocks),
             lo,
             hi,
             time.monotonic() - started,
@@ -333,40 +349,45 @@ class MemcachedStore(QueueStore):
         ids = [job.id for job in add]
         self._check_new(ids)
         removed = set(remove)
-        plan: dict[int, _Writes] = {}
+        plan: dict[int, _Writes] = {server: _Writes() for server in range(len(self._servers))}
         chunked: dict[int, tuple[bytes, int]] = {}
         for job in add:
             head, token, chunks = encode(job, self._item_budget)
-            writes = plan.setdefault(self._home(job.id), _Writes())
+            writes = plan[self._home(job.id)]
             writes.heads[self._head_key(job.id)] = head
             if chunks:
                 chunked[job.id] = (token, len(chunks))
                 keys = self._chunk_keys(job.id, token, len(chunks))
-                writes.sets.update(zip(keys, chunks, strict=True))
+                writes.chunks.update(zip(keys, chunks, strict=True))
         known = {**self._chunked, **chunked}
         if not self._complete:
             known.update(self._lookup_chunks([i for i in removed if i not in known]))
         for job_id in removed:
-            server = self._away.get(job_id, self._home(job_id))
-            writes = plan.setdefault(server, _Writes())
+            writes = plan[self._away.get(job_id, self._home(job_id))]
             writes.deletes.append(self._head_key(job_id))
             if job_id in known:
                 writes.deletes.extend(self._chunk_keys(job_id, *known[job_id]))
         watermark = self._next_watermark(ids, removed)
-        if watermark != self._written:
-            for server in range(len(self._servers)):
-                plan.setdefault(server, _Writes()).sets[self._prefix + b":wm"] = _WATERMARK.pack(
-                    FORMAT, *watermark
-                )
+        delta = self._block_delta(ids, removed)
+        mark = {i // BLOCK for i in ids} - self._marked
+        unmark = self._emptied(delta, watermark[1])
+        for writes in plan.values():
+            if watermark != self._written:
+                writes.meta[self._prefix + b":wm"] = _WATERMARK.pack(FORMAT, *watermark)
+            writes.meta.update((self._marker_key(b), b"") for b in sorted(mark))
+            writes.deletes.extend(self._marker_key(b) for b in sorted(unmark))
         self._execute(plan)
         self._live.update(ids)
         self._live.difference_update(removed)
+        self._per_block.update(delta)
+        self._per_block = +self._per_block  # drop blocks counted down to zero
+        self._marked = (self._marked | mark) - unmark
+        self._unmark -= unmark
         self._chunked.update(chunked)
         for job_id in removed:
             self._chunked.pop(job_id, None)
             self._away.pop(job_id, None)
-        self._lo, self._hi = watermark
-        self._written = watermark
+        self._lo, self._hi = self._written = watermark
 
     def close(self) -> None:
         """Close every connection; safe to call more than once."""
@@ -413,25 +434,42 @@ class MemcachedStore(QueueStore):
         hi = max([self._hi, *ids])
         if not self._complete:
             return lo, hi  # an id replay did not see may still be stored: keep lo
-        added = set(ids)
-        live = self._live
-        budget = len(live) + len(added) + 1024
+        added, live = set(ids), self._live
+        steps = len(live) + len(added) + BLOCK
         while lo <= hi and (lo in removed or (lo not in live and lo not in added)):
             lo += 1
-            budget -= 1
-            if budget == 0:  # a long run of gaps: finding the minimum is cheaper
+            steps -= 1
+            if not steps:  # a long run of gaps: finding the minimum is cheaper
                 rest = [i for i in live | added if i not in removed]
                 return (min(rest) if rest else hi + 1), hi
         return lo, hi
 
+    def _block_delta(self, ids: list[int], removed: set[int]) -> Counter[int]:
+        """How many live jobs each block gains (+) or loses (-) in this batch."""
+        delta: Counter[int] = Counter(i // BLOCK for i in ids)
+        added = set(ids)
+        delta.subtract(i // BLOCK for i in removed if i in self._live or i in added)
+        return delta
+
+    def _emptied(self, delta: Counter[int], hi: int) -> set[int]:
+        """Blocks whose marker can go: empty after this batch, and not the block new ids
+        are handed out in (unmarking that one would churn: it is looked at again when hi
+        moves on)."""
+        if not self._complete:
+            return set()  # blocks replay did not count may hold jobs
+        candidates = {b for b, d in delta.items() if d < 0} | self._unmark | {self._hi // BLOCK}
+        return {b for b in candidates if self._per_block[b] + delta[b] <= 0 and b != hi // BLOCK}
+
     def _execute(self, plan: dict[int, _Writes]) -> None:
-        """Send the plan: chunks and watermark, heads, deletes; undo the heads on failure."""
+        """Send the plan: chunks and meta, heads, deletes; undo heads and chunks on failure."""
         written: dict[int, list[bytes]] = {}
         try:
             for server, writes in plan.items():
-                if writes.sets:
-                    written.setdefault(server, []).extend(writes.sets)
-                    refused = self._call(server, "write", Client.set_many, writes.sets)
+                if writes.chunks or writes.meta:
+                    written.setdefault(server, []).extend(writes.chunks)
+                    refused = self._call(
+                        server, "write", Client.set_many, {**writes.chunks, **writes.meta}
+                    )
                     if refused:
                         raise StoreUnavailable(
                             f"memcached {self._names[server]} refused to store {refused[0]!r}"
@@ -439,7 +477,6 @@ class MemcachedStore(QueueStore):
             for server, writes in plan.items():
                 if writes.heads:
                     written.setdefault(server, []).extend(writes.heads)
-                    # pymemcache has no add_many; its _store_cmd pipelines any store verb.
                     stored = self._call(server, "write", _add_many, writes.heads)
                     taken = [key for key, ok in stored.items() if not ok]
                     if taken:
@@ -452,19 +489,19 @@ class MemcachedStore(QueueStore):
                 if writes.deletes:
                     self._call(server, "delete", Client.delete_many, writes.deletes)
         except StoreError:
-            self._written = None
+            # A server may have restarted empty: write the watermark and markers again.
+            self._written, self._marked = None, set()
             self._rollback(written)
             raise
 
     def _rollback(self, written: dict[int, list[bytes]]) -> None:
         """Delete what a failed batch wrote; remember what could not be deleted yet."""
         for server, keys in written.items():
-            keys = [k for k in keys if not k.endswith(b":wm")]
             try:
                 self._call(server, "delete", Client.delete_many, keys)
             except StoreError:
                 log.warning(
-                    "memcached %s: %d keys of a failed batch will be deleted when it answers again",
+                    "memcached %s: %d keys of a failed batch will be deleted when it answers",
                     self._names[server],
                     len(keys),
                 )
@@ -474,6 +511,20 @@ class MemcachedStore(QueueStore):
         for server in list(self._pending):
             self._call(server, "delete", Client.delete_many, self._pending[server])
             del self._pending[server]
+
+    # -- replay's steps ---------------------------------------------------------------
+
+    def _marked_blocks(self, lo: int, hi: int, answering: list[int]) -> list[int]:
+        """Blocks overlapping lo..hi that any answering server has a marker for."""
+        found: set[int] = set()
+        first, last = lo // BLOCK, hi // BLOCK
+        for start in range(first, last + 1, MARKER_BATCH):
+            blocks = range(start, min(start + MARKER_BATCH, last + 1))
+            keys = [self._marker_key(b) for b in blocks]
+            for server in answering:
+                got = self._call(server, "read", Client.get_many, keys)
+                found.update(b for b, key in zip(blocks, keys, strict=True) if key in got)
+        return sorted(found)
 
     def _load(self, job_id: int, server: int, head: bytes) -> StoredJob:
         """Decode one job from its head, reading its chunks (if any) from its server."""
