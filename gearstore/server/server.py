@@ -203,6 +203,10 @@ class Server:
             deadline = time.monotonic() + self.config.shutdown_timeout
             while self._running_jobs() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+        # no new work from here on: what is acknowledged is in the store's queue
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.pause_reading()
         if self.writer is not None:
             await self.writer.flush(timeout=10)
         elif self._store is not None and self.config.store_queue_on_shutdown:
