@@ -118,23 +118,12 @@ def encode(job: StoredJob, item_budget: int) -> tuple[bytes, bytes, list[bytes]]
         _HAS_REDUCER if job.reducer is not None else 0
     )
     reducer = job.reducer or b""
-    record = b"".join(
-        (
-            _RECORD.pack(
-                job.id,
-                flags,
-                int(job.priority),
-                job.when or 0,
-                len(job.function),
-                len(job.unique),
-                len(reducer),
-            ),
-            job.function,
-            job.unique,
-            reducer,
-            job.data,
-        )
-    )
+    lengths = (len(job.function), len(job.unique), len(reducer))
+    try:
+        fixed = _RECORD.pack(job.id, flags, int(job.priority), job.when or 0, *lengths)
+    except struct.error as exc:
+        raise StoreError(f"job {job.id} cannot be stored: a number is out of range") from exc
+    record = b"".join((fixed, job.function, job.unique, reducer, job.data))
     first = item_budget - _HEAD.size
     if len(record) <= first:
         return _HEAD.pack(FORMAT, 0, len(record), _NO_TOKEN) + record, _NO_TOKEN, []
@@ -225,7 +214,7 @@ class MemcachedStore(QueueStore):
         """Index of the server a job lives on: highest keyed BLAKE2b of the id wins."""
         if len(self._servers) == 1:
             return 0
-        raw = job_id.to_bytes(8, "little", signed=True)
+        raw = job_id.to_bytes(8, "little")
         scores = [hashlib.blake2b(raw, digest_size=8, key=k).digest() for k in self._node_keys]
         return scores.index(max(scores))
 
@@ -348,7 +337,7 @@ class MemcachedStore(QueueStore):
             return
         ids = [job.id for job in add]
         self._check_new(ids)
-        removed = set(remove)
+        removed = {i for i in remove if 0 <= i < 2**63}  # others cannot be stored
         plan: dict[int, _Writes] = {server: _Writes() for server in range(len(self._servers))}
         chunked: dict[int, tuple[bytes, int]] = {}
         for job in add:
@@ -405,6 +394,8 @@ class MemcachedStore(QueueStore):
         """Raise StoreError, before writing anything, if an id is already stored."""
         if len(set(ids)) != len(ids):
             raise StoreError("a batch adds the same job id twice; nothing was written")
+        if ids and not 0 <= min(ids) <= max(ids) < 2**63:
+            raise StoreError("job ids must be between 0 and 2**63-1; nothing was written")
         if self._complete:
             stored = [i for i in ids if i in self._live]
         else:
