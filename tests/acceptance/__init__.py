@@ -1,0 +1,1 @@
+"""Acceptance tests: the ``gearstore`` command as a subprocess, killed and restarted."""
