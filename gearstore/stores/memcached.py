@@ -508,7 +508,7 @@ class MemcachedStore(QueueStore):
     def _marked_blocks(self, lo: int, hi: int, answering: list[int]) -> list[int]:
         """Blocks overlapping lo..hi that any answering server has a marker for."""
         found: set[int] = set()
-        first, last = lo // BLOCK, hi // BLOCK
+        first, last = lo // BLOCK, hi // BLOCK if lo <= hi else -1
         for start in range(first, last + 1, MARKER_BATCH):
             blocks = range(start, min(start + MARKER_BATCH, last + 1))
             keys = [self._marker_key(b) for b in blocks]
