@@ -343,7 +343,9 @@ def test_compaction_starts_by_itself_when_dead_bytes_dominate(tmp_path: Path) ->
     store = store_at(tmp_path, compact_min_bytes=64 * 1024)
     store.open()
     kept = fill(store, 5000, keep_every=50)
-    store.close()  # waits for (or aborts) a running compaction
+    if store._compaction is not None:  # let the last one finish: close() would abort it
+        store._compaction.thread.join()
+    store.close()
     assert any(n.startswith("snapshot.") for n in names(tmp_path))
     assert sum(os.path.getsize(tmp_path / n) for n in names(tmp_path)) < 400 * 1024
     assert replayed(tmp_path) == kept
@@ -356,7 +358,8 @@ def test_writes_continue_while_a_compaction_runs(tmp_path: Path) -> None:
     kept = fill(store, 1000, keep_every=3)
     store.compact(wait=False)
     store.apply([job(2000), job(2001)], [kept[0].id, kept[1].id])  # not blocked
-    assert any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+    # the compaction is held before its rename, so that apply ran alongside it
+    assert store._compaction is not None and store._compaction.thread.is_alive()
     pause.set()
     store.compact()
     expected = [*kept[2:], job(2000), job(2001)]
@@ -546,7 +549,7 @@ def expected_after(k: int) -> list[StoredJob]:
 def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -> None:
     rng = random.Random(1234)
     durable = -1  # the newest batch known to be on disk
-    for _round in range(12):
+    for round_ in range(12):
         child = subprocess.Popen(
             [sys.executable, "-c", CRASHER, str(tmp_path)],
             stdout=subprocess.PIPE,
@@ -554,16 +557,21 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_batch(tmp_path: Path) -
             text=True,
             cwd=REPO,
         )
-        time.sleep(rng.uniform(0.2, 0.8))
+        assert child.stdout is not None
+        # odd rounds may also kill during open (tail repair, cleanup); even rounds
+        # wait for the first acknowledged batch, so every run makes progress
+        first = child.stdout.readline() if round_ % 2 == 0 else ""
+        time.sleep(rng.uniform(0.0, 0.4) if first else rng.uniform(0.1, 0.8))
         child.send_signal(signal.SIGKILL)
         out, err = child.communicate(timeout=30)
         assert child.returncode == -signal.SIGKILL, err
-        acked = max([durable, *(int(line) for line in out.split())])
+        acked = max([durable, *(int(line) for line in (first + out).split())])
         jobs = replayed(tmp_path)
         # the batch in flight may or may not have made it; nothing else may differ
         assert jobs in (expected_after(acked), expected_after(acked + 1)), (acked, err)
         durable = acked if jobs == expected_after(acked) else acked + 1
-    assert durable > 12, "the child never got going; the test proved nothing"
+    # every even round acknowledged at least one batch
+    assert durable >= 5, "the child never got going; the test proved nothing"
 
 
 def test_corrupt_store_message_names_a_command_that_works(tmp_path: Path) -> None:
