@@ -53,7 +53,11 @@ OPTIONS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (
         ("--sqlite-synchronous",),
         "sqlite_synchronous",
-        {"choices": ["FULL", "NORMAL", "OFF", "EXTRA"], "help": "SQLite durability (FULL)"},
+        {
+            "type": str.upper,
+            "choices": ["FULL", "NORMAL", "OFF", "EXTRA"],
+            "help": "SQLite durability (FULL)",
+        },
     ),
     (
         ("--no-migrate",),

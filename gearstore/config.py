@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -139,19 +140,22 @@ class Config:
         return out
 
 
+_LIBPQ_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host`` and libpq ``password=``."""
+    """Hide passwords: ``scheme://user:password@host``, ``?password=``, and libpq's
+    ``password = 'x y'`` (quoted or not, spaces around ``=`` or not)."""
     if "://" in url:
         scheme, rest = url.split("://", 1)
-        if "@" in rest:
+        if "@" in rest.split("/", 1)[0] or ("@" in rest and "?" not in rest.split("@")[0]):
             userinfo, host = rest.rsplit("@", 1)
             if ":" in userinfo:
                 userinfo = userinfo.split(":", 1)[0] + ":****"
-            return f"{scheme}://{userinfo}@{host}"
-        return url
-    return " ".join(
-        "password=****" if part.startswith("password=") else part for part in url.split()
-    )
+            rest = f"{userinfo}@{host}"
+        return _QUERY_PASSWORD.sub(r"\1****", f"{scheme}://{rest}")
+    return _LIBPQ_PASSWORD.sub("password=****", url)
 
 
 def _bool(text: str) -> bool:
@@ -312,7 +316,8 @@ def load_file(path: str) -> dict[str, Any]:
 def parse_args(
     argv: Sequence[str], environ: Mapping[str, str] | None = None
 ) -> tuple[Config, argparse.Namespace]:
-    """Parse the server's command line into a Config (raises ConfigError)."""
+    """Parse the server's command line into a Config. Raises ConfigError for bad values;
+    argparse itself exits with status 2 for malformed flags (e.g. ``--port abc``)."""
     from gearstore.cli_options import build_parser, cli_values
 
     environ = os.environ if environ is None else environ

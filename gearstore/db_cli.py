@@ -31,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="gearmand's database as a URL: sqlite:///path, postgresql://…, mysql://…",
     )
-    imp.add_argument("--source-table", default=None, help="gearmand's table (default: gearman_queue for SQLite and MySQL, queue for PostgreSQL)")
+    imp.add_argument(
+        "--source-table",
+        default=None,
+        help="gearmand's table (gearman_queue for SQLite and MySQL, queue for PostgreSQL)",
+    )
     return parser
 
 

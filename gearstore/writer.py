@@ -120,7 +120,9 @@ class StoreWriter:
             )
         except Exception as exc:
             message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-            self._removes[:0] = removes
+            # the backend may have committed although it reported failure: make sure a
+            # refused job cannot come back after a restart
+            self._removes[:0] = removes + [job.id for job in adds]
             self._went_down(message)
             for job in adds:
                 self._refuse(job)

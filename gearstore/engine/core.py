@@ -88,7 +88,6 @@ class Engine:
         self.on_timer = on_timer
         self.functions: dict[bytes, Function] = {}
         self.jobs: dict[bytes, Job] = {}  # handle -> job
-        self.by_unique: dict[bytes, Job] = {}  # coalescing key -> most recent job
         self.sessions: dict[Session, None] = {}
         self._next_id = 1
         #: set during a graceful shutdown: workers get NO_JOB, running jobs finish
@@ -103,21 +102,23 @@ class Engine:
     def connect(self, peer: Peer, peer_name: str = "-") -> Session:
         """Register a new connection."""
         session = Session(peer, peer_name)
+        session.exceptions = self.options.exceptions
         self.sessions[session] = None
         return session
 
     def disconnect(self, session: Session) -> None:
         """Forget a connection: requeue its running jobs, drop its abandoned ones."""
         self.sessions.pop(session, None)
-        for job in list(session.jobs):
-            self._lose_job(job)
+        # a closing worker must not be the one woken for the jobs it gives back
+        self._unsleep(session)
         for function in list(session.abilities):
             self._drop_ability(session, function)
+        for job in list(session.jobs):
+            self._lose_job(job)
         for job in list(session.listening):
             if session in job.listeners:
                 job.listeners.remove(session)
-            if session in job.creators:
-                job.creators.remove(session)
+            job.creators[:] = [c for c in job.creators if c is not session]
             if not job.background and not job.listeners and job.state == JobState.QUEUED:
                 self._finish(job)
         session.listening.clear()
@@ -174,7 +175,6 @@ class Engine:
         self.jobs[job.handle] = job
         if key is not None:
             function.unique[key] = job
-            self.by_unique[key] = job
         if session is not None and not background:
             job.listeners.append(session)
             session.listening.add(job)
@@ -192,31 +192,56 @@ class Engine:
 
     def _join(self, job: Job, session: Session | None, background: bool) -> None:
         """A submit coalesced with a live job."""
+        if background and not job.background:
+            # a background submitter must not lose the job when the foreground one
+            # leaves, and is answered only once the job is durable
+            job.background = True
+            if self.persister is not None and job.state != JobState.PENDING:
+                job.stored = True
+                if session is not None:
+                    job.creators.append(session)
+                    session.listening.add(job)
+                self.persister.persist(job)
+                return
         if session is None:
             return
         if not background and session not in job.listeners:
             job.listeners.append(session)
             session.listening.add(job)
-        if job.state == JobState.PENDING:
-            job.creators.append(session)
+        if job.state == JobState.PENDING or job.creators:
+            if session not in job.creators:
+                job.creators.append(session)
             session.listening.add(job)
         else:
             session.peer.send(T.JOB_CREATED, job.handle)
 
     def persisted(self, job: Job) -> None:
         """The store writer made ``job`` durable: acknowledge it and queue it."""
-        if job.state != JobState.PENDING:
+        if job.state == JobState.DONE:
             return
         for session in job.creators:
             session.peer.send(T.JOB_CREATED, job.handle)
             if session not in job.listeners:
                 session.listening.discard(job)
         job.creators.clear()
-        self._activate(job)
+        if job.state == JobState.PENDING:
+            self._activate(job)
 
     def persist_failed(self, job: Job, message: bytes) -> None:
         """The store could not write ``job``: tell its submitters, forget the job."""
+        if job.state == JobState.DONE:
+            return
         if job.state != JobState.PENDING:
+            # a foreground job a background submitter joined: it stays foreground
+            for session in job.creators:
+                session.peer.send(T.ERROR, b"QUEUE_ERROR", message)
+                if session not in job.listeners:
+                    session.listening.discard(job)
+            job.creators.clear()
+            job.background = False
+            job.stored = False
+            if not job.listeners and job.state == JobState.QUEUED:
+                self._finish(job)
             return
         for session in job.creators:
             session.peer.send(T.ERROR, b"QUEUE_ERROR", message)
@@ -244,7 +269,6 @@ class Engine:
         self.jobs[job.handle] = job
         if job.key is not None:
             function.unique[job.key] = job
-            self.by_unique[job.key] = job
         if stored.id >= self._next_id:
             self._next_id = stored.id + 1
         self._activate(job)
@@ -272,6 +296,7 @@ class Engine:
         """Give a job back to the front of its queue."""
         job.state = JobState.QUEUED
         job.worker = None
+        job.numerator = job.denominator = b"0"
         function = job.function
         function.queues[job.priority].appendleft(job)
         function.queued[job.priority] += 1
@@ -300,7 +325,12 @@ class Engine:
             session.order.append(function)
             function.workers[session] = None
             if session.sleeping and not session.noop_sent:
-                function.sleepers[session] = None
+                if function.total_queued:
+                    self._unsleep(session)
+                    session.noop_sent = True
+                    session.peer.send(T.NOOP)
+                else:
+                    function.sleepers[session] = None
         session.abilities[function] = max(0, timeout)
 
     def cant_do(self, session: Session, name: bytes) -> None:
@@ -330,8 +360,8 @@ class Engine:
         session.noop_sent = False
         for function in session.order:
             if function.total_queued:
+                self._unsleep(session)
                 session.noop_sent = True
-                session.sleeping = False
                 session.peer.send(T.NOOP)
                 return
         for function in session.abilities:
@@ -385,11 +415,16 @@ class Engine:
                 ptype, job.handle, function.name, job.unique, job.reducer or b"", job.data
             )
 
-    def _owned(self, session: Session, handle: bytes) -> Job | None:
-        """The running job ``handle`` if this worker holds it, else None (dropped)."""
+    def _owned(
+        self, session: Session, handle: bytes, text: bytes = b"Job given in work result not found"
+    ) -> Job | None:
+        """The running job ``handle`` if this worker holds it. A result for a job taken
+        from this worker (timeout, cancel) is dropped silently; any other is answered
+        with gearmand's ERROR JOB_NOT_FOUND."""
         job = self.jobs.get(handle)
         if job is None or job.worker is not session:
-            session.timed_out.discard(handle)
+            if handle not in session.timed_out:
+                session.peer.send(T.ERROR, b"JOB_NOT_FOUND", text)
             return None
         return job
 
@@ -405,7 +440,7 @@ class Engine:
 
     def work_update(self, session: Session, ptype: int, handle: bytes, data: bytes) -> None:
         """WORK_DATA / WORK_WARNING: forward to every listener."""
-        job = self._owned(session, handle)
+        job = self._owned(session, handle, b"Job does not exist on server")
         if job is None:
             return
         for client in job.listeners:
@@ -429,7 +464,9 @@ class Engine:
 
     def work_exception(self, session: Session, handle: bytes, data: bytes) -> None:
         """WORK_EXCEPTION: to clients that asked for exceptions; WORK_FAIL to the rest."""
-        job = self._owned(session, handle)
+        job = self._owned(
+            session, handle, b"An exception was received for a job that does not exist"
+        )
         if job is None:
             return
         for client in job.listeners:
@@ -446,16 +483,18 @@ class Engine:
 
     def _lose_job(self, job: Job) -> None:
         """The worker running ``job`` went away or timed out: retry or give up."""
+        job.failures += 1
+        if self.options.job_retries and job.failures >= self.options.job_retries:
+            self._fail(job)  # _finish releases the worker and the running count
+            return
+        if not job.background and not job.listeners:
+            self._finish(job)  # nobody is waiting for this result any more
+            return
         worker = job.worker
         if worker is not None:
             worker.jobs.discard(job)
         job.function.running -= 1
-        job.failures += 1
-        if self.options.job_retries and job.failures >= self.options.job_retries:
-            job.worker = None
-            self._fail(job)
-        else:
-            self._requeue(job)
+        self._requeue(job)
 
     def _finish(self, job: Job) -> None:
         """Final outcome: remove the job everywhere (and from the store)."""
@@ -473,15 +512,14 @@ class Engine:
         job.worker = None
         self.jobs.pop(job.handle, None)
         key = job.key
-        if key is not None:
-            if function.unique.get(key) is job:
-                del function.unique[key]
-            if self.by_unique.get(key) is job:
-                del self.by_unique[key]
+        if key is not None and function.unique.get(key) is job:
+            del function.unique[key]
         for client in job.listeners:
             client.listening.discard(job)
         for client in job.creators:
             client.listening.discard(job)
+            if state != JobState.PENDING:
+                client.peer.send(T.JOB_CREATED, job.handle)
         job.listeners.clear()
         job.creators.clear()
         if job.stored and self.persister is not None:
@@ -501,7 +539,11 @@ class Engine:
 
     def get_status_unique(self, session: Session, unique: bytes) -> None:
         """GET_STATUS_UNIQUE: like GET_STATUS plus the number of waiting clients."""
-        job = self.by_unique.get(unique)
+        job = None
+        for function in self.functions.values():
+            job = function.unique.get(unique)
+            if job is not None and job.state != JobState.PENDING:
+                break
         if job is None or job.state == JobState.PENDING:
             session.peer.send(T.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
             return

@@ -71,21 +71,27 @@ class Admin:
                 return self._show_jobs()
             if args[:2] == [b"unique", b"jobs"]:
                 return self._show_unique()
-            return _unknown(command)
+            return b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n" if args else _unknown(command)
         if command == b"cancel":
             if len(args) != 2 or args[0] != b"job":
                 return _unknown(command)
             return OK if engine.cancel(args[1]) else b"ERR UNKNOWN_JOB\r\n"
         if command == b"create":
+            if args == [b"function"]:
+                return _incomplete(command)
             if len(args) != 2 or args[0] != b"function":
                 return _unknown(command)
             engine.function(args[1])
             return OK
         if command == b"drop":
+            if args == [b"function"]:
+                return _incomplete(command)
             if len(args) != 2 or args[0] != b"function":
                 return _unknown(command)
             if args[1] not in engine.functions:
                 return b"ERR function not found\r\n"
+            if engine.functions[args[1]].workers:
+                return b"ERR there are still connected workers or executing clients\r\n"
             if engine.drop_function(args[1]):
                 return OK
             return b"ERR function+has+jobs+or+workers\r\n"
@@ -157,8 +163,8 @@ class Admin:
         for handle, job in self.engine.jobs.items():
             if job.state == JobState.PENDING:
                 continue
-            queued = 1 if job.state in (JobState.QUEUED, JobState.SCHEDULED) else 0
-            out.append(b"%s\t%d\t0\t%d\n" % (handle, job.failures, queued))
+            # gearmand's JOB_QUEUED column is 1 for every background job
+            out.append(b"%s\t%d\t0\t%d\n" % (handle, job.failures, 1 if job.background else 0))
         out.append(b".\n")
         return b"".join(out)
 

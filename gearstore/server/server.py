@@ -201,7 +201,7 @@ class Server:
         if self.graceful and self.config.shutdown_timeout > 0:
             self.engine.draining = True
             deadline = time.monotonic() + self.config.shutdown_timeout
-            while self._running_jobs() and time.monotonic() < deadline:
+            while self.graceful and self._running_jobs() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         # no new work from here on: what is acknowledged is in the store's queue
         for conn in list(self.connections):

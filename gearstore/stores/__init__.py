@@ -44,7 +44,8 @@ def canonical_kind(kind: str) -> str:
 def create_store(config: StoreConfig) -> QueueStore:
     """Instantiate (but do not open) the adapter named by ``config.kind``."""
     key = config.kind.lower()
-    canonical_kind(key)  # raises ValueError for unknown kinds
+    if canonical_kind(key) == "builtin":
+        raise StoreError(f"-q {config.kind} keeps jobs in memory only; it has no store")
     module_name, class_name, extra = _ADAPTERS[key]
     try:
         module = importlib.import_module(module_name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from gearstore.stores.base import QueueStore, StoredJob, StoreUnavailable
+from gearstore.stores.base import QueueStore, StoredJob, StoreError, StoreUnavailable
 
 
 class MemoryStore(QueueStore):
@@ -37,6 +37,9 @@ class MemoryStore(QueueStore):
         """Apply the batch to the dict, or fail as scheduled by :meth:`fail_next`."""
         if self._failures:
             raise StoreUnavailable(self._failures.pop(0))
+        clash = [job.id for job in add if job.id in self.jobs]
+        if clash:
+            raise StoreError(f"job id {clash[0]} is already stored")
         for job in add:
             self.jobs[job.id] = job
         for job_id in remove:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import pymysql  # type: ignore[import-untyped]  # no stubs shipped; see types-PyMySQL
+import pymysql  # no stubs shipped; see types-PyMySQL
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 

@@ -128,7 +128,8 @@ def test_store_outage_refuses_promptly_and_recovers(
     print(
         f"{context}: {len(acked)} acked, {len(refused)} refused in "
         f"{OUTAGE_SECONDS:.0f} s down (median refusal {typical * 1000:.1f} ms, slowest submit "
-        f"{slowest:.2f} s), accepted again {recovered_at - started_at:.2f} s after the store came back, "
+        f"{slowest:.2f} s), accepted again {recovered_at - started_at:.2f} s after the store "
+        "came back, "
         f"{report.maybe_back} refused or possibly lost jobs came back"
     )
     assert server.terminate() == 0

@@ -344,12 +344,6 @@ def test_shutdown_timeout_bounds_the_wait_and_requeues_the_job(
     assert sorted(drain_all(port)) == sorted(jobs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Server.shutdown's wait loop (gearstore/server/server.py) checks only the "
-    "deadline, not self.graceful, so a second SIGTERM logs 'stopping now' but the "
-    "server still waits the full --shutdown-timeout for running jobs",
-)
 def test_second_sigterm_stops_at_once_without_losing_acknowledged_jobs(
     launch: Launcher, local_store_args: list[str]
 ) -> None:

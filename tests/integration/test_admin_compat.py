@@ -253,11 +253,6 @@ def test_status_packets_match(
     assert pair.both(packet) == (expected, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="show jobs: gearmand's 4th column is 'in the queue store' (1 for every "
-    "background job, running or not; 0 for foreground), gearstore prints 'waiting'",
-)
 def test_show_jobs_matches(populated: tuple[Pair, Populated, Populated]) -> None:
     pair, _, _ = populated
     assert _lines(exchange(pair.gearstore, b"show jobs\n")[0]) == SHOW_JOBS
@@ -556,13 +551,11 @@ def test_gearmand_reference_for_known_bugs(shared: Pair, data: bytes, expected: 
     assert exchange(shared.gearmand, data) == (expected, False)
 
 
-@pytest.mark.xfail(strict=True, reason="admin error reply differs from gearmand's bytes")
 @pytest.mark.parametrize("line,expected", ADMIN_BUGS.values(), ids=ADMIN_BUGS.keys())
 def test_admin_error_matches(shared: Pair, line: bytes, expected: bytes) -> None:
     assert exchange(shared.gearstore, line) == (expected, False)
 
 
-@pytest.mark.xfail(strict=True, reason="gearstore ignores work packets for a never-known handle")
 @pytest.mark.parametrize("packet,text", WORK_BUGS.values(), ids=WORK_BUGS.keys())
 def test_work_packet_for_unknown_job_is_an_error(shared: Pair, packet: bytes, text: bytes) -> None:
     assert exchange(shared.gearstore, packet) == (_error(b"JOB_NOT_FOUND", text), False)
@@ -585,6 +578,5 @@ def test_gearmand_refuses_to_drop_a_served_function(tmp_path: Path) -> None:
         reference.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="drop function refused for workers: gearmand's text differs")
 def test_drop_function_with_a_worker_matches(server: ServerThread) -> None:
     assert _drop_served_function(server.port) == DROP_REFUSED

@@ -330,30 +330,9 @@ def test_password_file_is_read_but_not_printed(printed: Any, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     "db",
     [
-        pytest.param(
-            f"postgresql://u@db/q?password={SECRET}",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="config.mask_url does not mask a password given as a URL query "
-                "parameter (?password=…), which libpq and SQLAlchemy accept",
-            ),
-        ),
-        pytest.param(
-            f"host=db user=u password='x {SECRET}'",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="config.mask_url splits conninfo on spaces, so a quoted libpq "
-                "password containing a space is only partly masked",
-            ),
-        ),
-        pytest.param(
-            f"host=db user=u password = {SECRET}",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="config.mask_url misses libpq's 'password = value' (spaces "
-                "around '=' are valid conninfo)",
-            ),
-        ),
+        f"postgresql://u@db/q?password={SECRET}",
+        f"host=db user=u password='x {SECRET}'",
+        f"host=db user=u password = {SECRET}",
     ],
 )
 def test_print_config_masks_other_libpq_password_forms(printed: Any, db: str) -> None:
