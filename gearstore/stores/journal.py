@@ -14,7 +14,6 @@ Memory: the live index maps job id -> size of its ADD entry, nothing more.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sys
@@ -29,7 +28,6 @@ from gearstore.stores.base import (
     StoreConfig,
     StoredJob,
     StoreError,
-    StoreLocked,
     StoreUnavailable,
 )
 from gearstore.stores.journal_format import (
@@ -44,6 +42,7 @@ from gearstore.stores.journal_format import (
     list_directory,
     scan_file,
 )
+from gearstore.stores.pidlock import lock_exclusively
 
 log = logging.getLogger(__name__)
 
@@ -133,26 +132,17 @@ class JournalStore(QueueStore):
             ) from exc
 
     def _lock(self) -> None:
-        path = self.directory / LOCK_NAME
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StoreError(
-                f"journal directory {self.directory} is not writable ({exc.strerror}); give "
+        self._lock_fd = lock_exclusively(
+            self.directory / LOCK_NAME,
+            lambda reason: (
+                f"journal directory {self.directory} is not writable ({reason}); give "
                 "the gearstore user write access to it or choose another --db"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreLocked(
+            ),
+            lambda pid: (
                 f"journal directory {self.directory} is in use by another gearstore process "
-                f"(pid {holder}); stop that server first, or give this one another --db"
-            ) from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+                f"(pid {pid}); stop that server first, or give this one another --db"
+            ),
+        )
 
     def _unlock(self) -> None:
         if self._fd is not None:

@@ -13,7 +13,6 @@ The lock file holds the owner's pid and is left in place after close.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from typing import Any, ClassVar
@@ -22,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from gearstore.stores.base import StoreConfig, StoreCorrupt, StoreError, StoreLocked
+from gearstore.stores.base import StoreConfig, StoreCorrupt, StoreError
+from gearstore.stores.pidlock import lock_exclusively
 from gearstore.stores.sql import SqlStore
 
 #: accepted values of StoreConfig.sqlite_synchronous (docs/stores-sql.md says what each risks)
@@ -76,25 +76,17 @@ class SqliteStore(SqlStore):
                 f"cannot open {self.path}: directory {directory} does not exist; create it "
                 "or choose another --db path"
             )
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create lock file {self.lock_path}: {exc.strerror}; the directory "
+        self._lock_fd = lock_exclusively(
+            self.lock_path,
+            lambda reason: (
+                f"cannot create lock file {self.lock_path}: {reason}; the directory "
                 "must be writable by gearstore"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreLocked(
+            ),
+            lambda pid: (
                 f"{self.path} is already in use by another gearstore process "
-                f"(pid {holder}?); stop that server or give this one its own --db file"
-            ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+                f"(pid {pid}?); stop that server or give this one its own --db file"
+            ),
+        )
 
     def _unlock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
